@@ -17,7 +17,8 @@ from fcmae.registry import get_size
 
 def drop_path_rates(depths: tuple[int, ...], drop_path_rate: float) -> list[list[float]]:
     """Linearly rising stochastic-depth rates over all blocks, split per stage."""
-    rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+    # device="cpu": also callable while building on the meta device (shape-only models)
+    rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
     out, start = [], 0
     for d in depths:
         out.append(rates[start : start + d])
