@@ -9,6 +9,7 @@ the submanifold depthwise convs never grow it.
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fcmae.convnextv2 import drop_path_rates, stage_visibility
@@ -19,9 +20,8 @@ from sparse_ops.nn import (
     SparseDownsample,
     check_depthwise_impl,
     init_sparse_weights,
-    with_features,
 )
-from sparse_ops.tensor import Canvas, to_dense, to_sparse
+from sparse_ops.tensor import Canvas, from_sites, to_dense
 
 
 class SparseConvNeXtV2Encoder(nn.Module):
@@ -54,28 +54,50 @@ class SparseConvNeXtV2Encoder(nn.Module):
             for i, rates in enumerate(drop_path_rates(depths, drop_path_rate))
         )
         self.apply(init_sparse_weights)
+        self.set_depthwise_impl(depthwise_impl)
 
     @property
     def depthwise_impl(self) -> str:
         return self.stages[0][0].dwconv.impl
 
     def set_depthwise_impl(self, impl: str) -> None:
-        """Switch every block's depthwise implementation (same parameters, same numbers)."""
+        """Switch every op's implementation (same parameters, same numbers).
+
+        ``minkowski`` runs MinkowskiEngine's own channelwise and strided convolutions;
+        ``canvas`` (and ``auto``) the fast depthwise conv and the gather downsampling.
+        """
         impl = check_depthwise_impl(impl)
         for stage in self.stages:
             for block in stage:
                 block.dwconv.impl = impl
+        for down in self.downsample_layers[1:]:
+            down[1].impl = "minkowski" if impl == "minkowski" else "gather"
+
+    def stem(self, imgs: Tensor, visible: Tensor):
+        """Stem conv + LayerNorm at the visible stem sites only -> SparseTensor (N, C0).
+
+        A 4x4 stride-4 conv is a matmul over non-overlapping 4x4 pixel patches, so only the
+        ``N`` visible patches are gathered and multiplied.
+        """
+        conv, norm = self.downsample_layers[0]
+        b, c, h, w = imgs.shape
+        sites = visible.nonzero()  # (N, 3) as (b, y, x) on the stem grid
+        s = STEM_STRIDE
+        patches = imgs.reshape(b, c, h // s, s, w // s, s).permute(0, 2, 4, 1, 3, 5)
+        patches = patches[sites[:, 0], sites[:, 1], sites[:, 2]].reshape(
+            len(sites), -1
+        )  # (N, c*s*s)
+        feats = F.linear(patches, conv.weight.reshape(conv.out_channels, -1), conv.bias)
+        return from_sites(norm(feats), sites)  # features (N, C0), coordinates (N, 3)
 
     def forward(self, imgs: Tensor, mask: Tensor) -> Tensor:
         b, _, h, w = imgs.shape
-        stem = self.downsample_layers[0]
-        x = stem[0](imgs)  # (B, C0, H/4, W/4)
         visible = stage_visibility(mask, self.patch_size, 0)[..., 0] > 0.5  # (B, H/4, W/4)
-        x = to_sparse(x, visible)  # features (N, C0), coordinates (N, 3) as (b, y, x)
-        x = with_features(x, stem[1](x.F))  # LayerNorm per site
+        x = self.stem(imgs, visible)
+        canvas = None
         for i, stage in enumerate(self.stages):
             if i > 0:
-                x = self.downsample_layers[i](x)  # tensor stride 2**i
+                x = self.downsample_layers[i](x, canvas)  # tensor stride 2**i
             stride = STEM_STRIDE * 2**i
             canvas = Canvas.of(x, (b, h // stride, w // stride))
             for block in stage:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sparse_ops.functional import gelu_grn, grn
 from sparse_ops.layout import depthwise_kernel_to_weight
 from sparse_ops.minkowski import import_minkowski
 from sparse_ops.tensor import Canvas
@@ -97,11 +98,7 @@ class SparseGRN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, dim))
 
     def forward(self, x, canvas: Canvas):
-        feats = x.F  # (N, C)
-        sq = feats.new_zeros(canvas.batch_size, feats.shape[1])
-        gx = sq.index_add(0, canvas.batch, feats * feats).sqrt()  # (B, C)
-        nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)  # (B, C)
-        out = self.gamma * (feats * nx.index_select(0, canvas.batch)) + self.beta + feats
+        out = grn(x.F, self.gamma, self.beta, canvas.batch, canvas.batch_size, self.eps)
         return with_features(x, out)
 
 
@@ -121,7 +118,11 @@ class SparseDropPath(nn.Module):
 
 
 class SparseBlock(nn.Module):
-    """ConvNeXt V2 block on sparse tensors; keys as in the reference's MinkowskiEngine layout."""
+    """ConvNeXt V2 block on sparse tensors; keys as in the reference's MinkowskiEngine layout.
+
+    After the depthwise conv the block works on the features ``(N, C)`` directly, with GELU and
+    GRN fused (:func:`sparse_ops.functional.gelu_grn`); the modules keep their parameters.
+    """
 
     def __init__(self, dim: int, drop_path: float = 0.0, depthwise_impl: str = "auto") -> None:
         super().__init__()
@@ -134,19 +135,64 @@ class SparseBlock(nn.Module):
         self.drop_path = SparseDropPath(drop_path)
 
     def forward(self, x, canvas: Canvas):
-        y = self.act(self.pwconv1(self.norm(self.dwconv(x, canvas))))  # (N, 4C)
-        y = self.pwconv2(self.grn(y, canvas))  # (N, C)
+        y = self.pwconv1.linear(self.norm.ln(self.dwconv(x, canvas).F))  # (N, 4C)
+        y = gelu_grn(y, self.grn.gamma, self.grn.beta, canvas.batch, canvas.batch_size)
+        y = with_features(x, self.pwconv2.linear(y))  # (N, C)
         return with_features(x, x.F + self.drop_path(y, canvas).F)
 
 
-class SparseDownsample(nn.Sequential):
-    """LayerNorm then a 2x2 stride-2 MinkowskiConvolution (kernel ``(4, C_in, C_out)``)."""
+class SparseStridedConv(ME.MinkowskiConvolution):
+    """K x K stride-K convolution (the 2x2 stride-2 downsampling); kernel ``(K*K, C_in, C_out)``.
 
-    def __init__(self, dim: int, out_dim: int) -> None:
+    Implementations, selected by name, compute the same numbers:
+
+    * ``minkowski``: MinkowskiEngine's convolution (kernel map, per-offset gather-GEMM-scatter);
+    * ``gather``: every output site has all K*K children visible (FCMAE's patches align with
+      every stride), so the children's features are gathered into one ``(M, K*K*C_in)`` matrix
+      and multiplied by the kernel in one GEMM. Output coordinates still come from
+      MinkowskiEngine (``CoordinateManager.stride``). A site with a missing child (a mask not
+      aligned to the stride) is an error: use ``minkowski`` for such inputs.
+    """
+
+    IMPLS = ("gather", "minkowski")
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 2, impl: str = "gather"):
         super().__init__(
-            SparseLayerNorm(dim),
-            ME.MinkowskiConvolution(dim, out_dim, kernel_size=2, stride=2, bias=True, dimension=2),
+            in_channels, out_channels, kernel_size=stride, stride=stride, bias=True, dimension=2
         )
+        if impl not in self.IMPLS:
+            raise ValueError(f"unknown strided conv impl {impl!r}; expected one of {self.IMPLS}")
+        self.impl = impl
+        self.step = stride
+
+    def forward(self, x, canvas: Canvas | None = None):
+        if self.impl == "minkowski":
+            return super().forward(x)
+        if canvas is None:
+            raise ValueError("the gather strided conv needs the input stage's Canvas")
+        cm = x.coordinate_manager
+        out_key = cm.stride(x.coordinate_map_key, self.kernel_generator.kernel_stride)
+        out_sites = cm.get_coordinates(out_key).long()  # (M, 3) as (b, y, x) at the new stride
+        rows = canvas.children(out_sites, x.tensor_stride[0], self.step)  # (M, K*K)
+        if len(rows) and rows.min() < 0:
+            raise ValueError(
+                "strided conv: an output site lacks a child; the mask is not aligned to the "
+                "stride (use impl='minkowski')"
+            )
+        k2, cin, cout = self.kernel.shape
+        feats = x.F.index_select(0, rows.reshape(-1)).view(-1, k2 * cin)  # (M, K*K*C_in)
+        out = torch.addmm(self.bias, feats, self.kernel.reshape(k2 * cin, cout))  # (M, C_out)
+        return ME.SparseTensor(out, coordinate_map_key=out_key, coordinate_manager=cm)
+
+
+class SparseDownsample(nn.Sequential):
+    """LayerNorm then a 2x2 stride-2 convolution (kernel ``(4, C_in, C_out)``)."""
+
+    def __init__(self, dim: int, out_dim: int, impl: str = "gather") -> None:
+        super().__init__(SparseLayerNorm(dim), SparseStridedConv(dim, out_dim, 2, impl))
+
+    def forward(self, x, canvas: Canvas | None = None):
+        return self[1](self[0](x), canvas)
 
 
 def init_sparse_weights(module: nn.Module) -> None:

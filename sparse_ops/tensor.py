@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from sparse_ops.minkowski import import_minkowski
@@ -48,6 +49,25 @@ class Canvas:
         dense = feats.new_zeros(b * h * w, feats.shape[1]).index_copy(0, self.flat, feats)
         return dense.view(b, h, w, -1)
 
+    def rows(self) -> Tensor:
+        """Row of each canvas cell in the features ``(B*H*W,)`` int64, -1 where no site."""
+        pos = self.flat.new_full((self.shape[0] * self.shape[1] * self.shape[2],), -1)
+        return pos.index_copy_(0, self.flat, torch.arange(len(self.flat)))
+
+    def children(self, out_sites: Tensor, stride: int, k: int) -> Tensor:
+        """Feature rows ``(M, k*k)`` of the k x k children of each coarser site, -1 if absent.
+
+        ``out_sites (M, 3)`` are ``(b, y, x)`` coordinates (multiples of ``stride * k``); the
+        children are ordered like MinkowskiEngine's kernel offsets, ``dy + k * dx``.
+        """
+        _, h, w = self.shape
+        y0 = out_sites[:, 1] // stride
+        x0 = out_sites[:, 2] // stride
+        d = torch.arange(k, device=out_sites.device)
+        dy, dx = d.repeat(k), d.repeat_interleave(k)  # offset j = dy + k * dx
+        flat = (out_sites[:, :1] * h + y0[:, None] + dy) * w + x0[:, None] + dx  # (M, k*k)
+        return self.rows()[flat]
+
     def gather(self, dense: Tensor) -> Tensor:
         """Channels-last ``(B, H, W, C)`` -> ``(N, C)`` at the sites, in feature row order."""
         return dense.reshape(-1, dense.shape[-1]).index_select(0, self.flat)
@@ -58,19 +78,26 @@ def to_sparse(x: Tensor, visible: Tensor, *, tensor_stride: int = 1, coordinate_
 
     Coordinates are ``(b, y * s, x * s)`` for ``s = tensor_stride``.
     """
-    ME = import_minkowski()
     if x.dim() != 4 or visible.shape != (x.shape[0], *x.shape[2:]):
         raise ValueError(
             f"to_sparse needs x (B, C, H, W) and visible (B, H, W); got {tuple(x.shape)} and "
             f"{tuple(visible.shape)}"
         )
-    idx = visible.nonzero()  # (N, 3) int64 as (b, y, x)
-    feats = x.permute(0, 2, 3, 1)[idx[:, 0], idx[:, 1], idx[:, 2]]  # (N, C)
-    coords = idx.int().contiguous()
+    sites = visible.nonzero()  # (N, 3) int64 as (b, y, x)
+    feats = x.permute(0, 2, 3, 1)[sites[:, 0], sites[:, 1], sites[:, 2]]  # (N, C)
+    return from_sites(
+        feats, sites, tensor_stride=tensor_stride, coordinate_manager=coordinate_manager
+    )
+
+
+def from_sites(feats: Tensor, sites: Tensor, *, tensor_stride: int = 1, coordinate_manager=None):
+    """SparseTensor from features ``(N, C)`` at grid sites ``(N, 3)`` as ``(b, y, x)``."""
+    ME = import_minkowski()
+    coords = sites.to(torch.int32, copy=True)  # (N, 3); ``sites`` stays untouched
     coords[:, 1:] *= tensor_stride
     return ME.SparseTensor(
         feats,
-        coordinates=coords,
+        coordinates=coords.contiguous(),
         tensor_stride=tensor_stride,
         coordinate_manager=coordinate_manager,
     )
@@ -94,4 +121,3 @@ def to_dense(x, shape: tuple[int, int, int, int]) -> Tensor:
     ):
         raise ValueError(f"to_dense: sites lie outside the requested shape {shape}")
     return canvas.scatter(x.F).permute(0, 3, 1, 2)
-

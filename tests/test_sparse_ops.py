@@ -161,21 +161,47 @@ def test_drop_path_draws_like_dense():
 
 @pytest.mark.parametrize("kind", MASKS)
 @pytest.mark.parametrize("c", CHANNELS)
-def test_downsample(c, kind):
-    down = randomize_(SparseDownsample(c, 2 * c), 0.5)
+@pytest.mark.parametrize("impl", ["gather", "minkowski"])
+def test_downsample(impl, c, kind):
+    down = randomize_(SparseDownsample(c, 2 * c, impl), 0.5)
     dense_down = Downsample(c, 2 * c)
     dense_down[0].load_state_dict(down[0].ln.state_dict())
     dense_down[1].weight.data = conv_kernel_to_weight(down[1].kernel.detach())
     dense_down[1].bias.data = down[1].bias.detach().view(-1)
-    x, vis, st, _ = _inputs(c, kind)
+    x, vis, st, canvas = _inputs(c, kind)
     b, h, w = vis.shape
-    out = down(st)
+    out = down(st, canvas)
     assert out.tensor_stride == [2, 2]
     vis_out = vis[:, ::2, ::2].unsqueeze(1)  # 4x4-site patches: 2x2 windows are all-or-none
     ref = dense_down(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) * vis_out
     got = to_dense(out, (b, 2 * c, h // 2, w // 2))
     assert_close(got, ref, TOL, "downsample")
     assert len(out.F) == int(vis_out.sum()), "downsampling must keep the visible pattern"
+    out.F.square().sum().backward()
+    assert down[1].kernel.grad.abs().sum() > 0
+
+
+def test_downsample_impls_agree_on_gradients():
+    x, vis, st, canvas = _inputs(6, "random")
+    grads = []
+    for impl in ("gather", "minkowski"):
+        torch.manual_seed(2)
+        down = randomize_(SparseDownsample(6, 12, impl), 0.5)
+        feats = st.F.detach().clone().requires_grad_(True)
+        out = down(with_features(st, feats), canvas)
+        order = out.C[:, 0] * 10**6 + out.C[:, 1] * 10**3 + out.C[:, 2]
+        (out.F[order.argsort()] * torch.arange(12.0)).sum().backward()
+        grads.append((down[1].kernel.grad, down[1].bias.grad, feats.grad))
+    for name, a, b in zip(("kernel", "bias", "input"), *grads, strict=True):
+        assert_close(a, b, TOL, f"downsample {name} grad")
+
+
+def test_gather_downsample_rejects_unaligned_masks():
+    vis = torch.ones(1, 4, 4, dtype=torch.bool)
+    vis[0, 0, 0] = False  # the top-left 2x2 window has a missing child
+    st = to_sparse(torch.randn(1, 3, 4, 4), vis)
+    with pytest.raises(ValueError, match="not aligned"):
+        SparseDownsample(3, 6, "gather")(st, Canvas.of(st, (1, 4, 4)))
 
 
 @pytest.mark.parametrize("kind", MASKS)
@@ -219,3 +245,18 @@ def test_to_dense_keeps_an_explicit_shape():
     assert out[:, :, -1].abs().sum() == 0 and out[:, :, :, -1].abs().sum() == 0
     with pytest.raises(ValueError, match="outside"):
         to_dense(to_sparse(x, vis), (3, 2, 2, 2))
+
+
+def test_fused_gelu_grn_gradients():
+    """The hand-written backward of the fused GELU+GRN against finite differences (float64)."""
+    from sparse_ops.functional import gelu_grn, grn
+
+    n, c, b = 40, 5, 3
+    h = torch.randn(n, c, dtype=torch.float64, requires_grad=True)
+    gamma = torch.randn(1, c, dtype=torch.float64, requires_grad=True)
+    beta = torch.randn(1, c, dtype=torch.float64, requires_grad=True)
+    batch = torch.arange(n) % b
+    h.data[batch == 1, 2] = 0.0  # an all-zero channel in one sample: norm 0, gradient finite
+    assert torch.autograd.gradcheck(lambda *a: gelu_grn(*a, batch, b), (h, gamma, beta))
+    ref = grn(F.gelu(h), gamma, beta, batch, b)
+    assert_close(gelu_grn(h, gamma, beta, batch, b), ref, 1e-12, "fused vs unfused")

@@ -1,0 +1,64 @@
+"""Fused autograd functions for the sparse block's hot path, on features ``(N, C)``.
+
+``gelu_grn`` computes ``GRN(GELU(h))`` with the L2 norm per sample (over that sample's sites)
+and saves only ``h`` and per-sample statistics ``(B, C)`` for backward, recomputing
+``GELU(h)`` there. Unfused autograd would keep three more ``(N, 4C)`` tensors per block
+(GELU's output, the broadcast per-sample factor and the scaled product), which is most of the
+encoder's activation memory.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _grn_stats(x: Tensor, batch: Tensor, batch_size: int, eps: float):
+    """Per-sample L2 norm ``g (B, C)`` and normalised response ``nx (B, C)``."""
+    sq = x.new_zeros(batch_size, x.shape[1]).index_add_(0, batch, x * x)
+    g = sq.sqrt()
+    denom = g.mean(dim=-1, keepdim=True) + eps  # (B, 1)
+    return g, denom, g / denom
+
+
+class _GeluGRN(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, gamma, beta, batch, batch_size, eps):
+        x = F.gelu(h)  # (N, C)
+        g, denom, nx = _grn_stats(x, batch, batch_size, eps)
+        scale = 1.0 + gamma * nx  # (B, C): y = x * (1 + gamma * nx) + beta
+        ctx.save_for_backward(h, gamma, batch, g, denom, nx)
+        return torch.addcmul(beta, x, scale.index_select(0, batch))
+
+    @staticmethod
+    def backward(ctx, gy):
+        h, gamma, batch, g, denom, nx = ctx.saved_tensors
+        x = F.gelu(h)  # recomputed instead of saved
+        b, c = nx.shape
+        # P[b, c] = sum over the sample's sites of gy * x
+        p = gy.new_zeros(b, c).index_add_(0, batch, gy * x)
+        g_gamma = (p * nx).sum(0, keepdim=True)
+        g_beta = gy.sum(0, keepdim=True)
+        g_nx = gamma * p  # (B, C)
+        # nx = g / (mean_c g + eps)
+        g_g = g_nx / denom - (g_nx * g).sum(-1, keepdim=True) / (denom * denom * c)
+        # g = sqrt(sum x^2): dg/dx = x / g (0 where a sample's channel is all zero)
+        g_over = torch.where(g > 0, g_g / g.clamp(min=torch.finfo(g.dtype).tiny), 0.0)
+        factor = (1.0 + gamma * nx).index_select(0, batch)  # (N, C)
+        gx = gy * factor + x * g_over.index_select(0, batch)
+        gh = torch.ops.aten.gelu_backward(gx, h)
+        return gh, g_gamma, g_beta, None, None, None
+
+
+def gelu_grn(
+    h: Tensor, gamma: Tensor, beta: Tensor, batch: Tensor, batch_size: int, eps: float = 1e-6
+) -> Tensor:
+    """``GRN(GELU(h))`` per sample. ``h (N, C)``, ``gamma``/``beta (1, C)``, ``batch (N,)``."""
+    return _GeluGRN.apply(h, gamma, beta, batch, batch_size, eps)
+
+
+def grn(x: Tensor, gamma: Tensor, beta: Tensor, batch: Tensor, batch_size: int, eps: float = 1e-6):
+    """Unfused per-sample GRN on ``x (N, C)`` (plain autograd)."""
+    _, _, nx = _grn_stats(x, batch, batch_size, eps)
+    return gamma * (x * nx.index_select(0, batch)) + beta + x
