@@ -7,14 +7,11 @@ sample index) rather than from a global RNG whose position depends on history.
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 
 import numpy as np
 import torch
-
-log = logging.getLogger(__name__)
 
 
 def derive_seed(*keys: int) -> int:
@@ -38,12 +35,10 @@ def seed_everything(seed: int) -> None:
 def configure_determinism(deterministic: bool) -> None:
     """Ask torch for deterministic kernels (``warn_only``) and fixed cuDNN algorithms.
 
-    ``False`` leaves torch's defaults (cuDNN autotuning on) for speed.
+    ``False`` turns deterministic kernels off again and cuDNN autotuning on, for speed.
     """
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-    else:
-        torch.backends.cudnn.benchmark = True
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
