@@ -10,6 +10,8 @@ Checkpoint format (``checkpoint.pt`` in the run directory, written atomically)::
     model       FCMAE state dict in the *sparse* (MinkowskiEngine) layout, whatever the engine;
                 fcmae.sparse_to_dense() gives the dense layout
     size, engine, step, epoch, total_steps, effective_batch, world_size
+    model_spec  ModelSpec fields (rebuild with ModelSpec(**ckpt["model_spec"]).build())
+    data_spec   input_size, mean, std of the training crops
     optimizer   AdamW state;  schedule: WarmupCosine settings (the lr is a function of step)
     rng         list of per-rank RNG states (python, numpy, torch, CUDA)
     counters    {"data/skipped_images": int}
@@ -24,7 +26,7 @@ import math
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -617,6 +619,12 @@ def pretrain(
         "format": FORMAT,
         "size": model.size,
         "engine": model.engine,
+        "model_spec": asdict(model),
+        "data_spec": {
+            "input_size": list(data.input_size),
+            "mean": list(data.mean),
+            "std": list(data.std),
+        },  # fmt: skip
         "total_steps": total_steps,
         "effective_batch": eff_batch,
         "world_size": info.world_size,
