@@ -28,6 +28,7 @@ import functools
 import logging
 import math
 import os
+import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -178,9 +179,9 @@ def check_format(fmt: str) -> str:
 def load_weights(path: str | os.PathLike) -> dict[str, Tensor]:
     """Tensors of a checkpoint file: safetensors, or a torch file (unwrapped, see below).
 
-    Torch files load with ``weights_only=True`` (``argparse.Namespace`` allowed, as in the
-    reference implementation's checkpoints); the weights are taken from ``"model"`` or
-    ``"state_dict"`` when present, else the file must be a bare state dict.
+    Torch files load with ``weights_only=True`` (plus the few plain-data globals of
+    :func:`_allowed_globals`), so no code in a checkpoint is ever run; the weights are taken
+    from ``"model"`` or ``"state_dict"`` when present, else the file must be a bare state dict.
     """
     path = Path(path)
     if not path.is_file():
@@ -189,9 +190,30 @@ def load_weights(path: str | os.PathLike) -> dict[str, Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals(_allowed_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global: " not in str(err):
+            raise ValueError(f"{path} is not a readable torch checkpoint") from None
+        found = str(err).split("Unsupported global: ")[-1].split(" was not")[0][:120]
+        raise ValueError(
+            f"{path} holds Python objects that are not plain data ({found}); save its state "
+            "dict alone (torch.save(model.state_dict(), file)) and export that"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ValueError(f"{path} is not a readable torch checkpoint ({err})") from None
     return unwrap(obj, str(path))
+
+
+def _allowed_globals() -> list:
+    """Plain data besides tensors found in checkpoints: the reference's ``args`` namespace,
+    numpy arrays and dtypes (the RNG states in fcmae-pretrain/finetune checkpoints)."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [type(np.dtype(t)) for t in ("uint32", "int32", "int64", "float32", "float64")]
+    return [argparse.Namespace, np.ndarray, np.dtype, core.multiarray._reconstruct, *dtypes]
 
 
 def unwrap(obj, name: str = "checkpoint") -> dict[str, Tensor]:
@@ -537,12 +559,18 @@ def export_checkpoint(
 
 
 def load_pretrained(
-    model: nn.Module, path: str | os.PathLike, fmt: str = "timm"
+    model: nn.Module, path: str | os.PathLike, fmt: str = "timm", expect_size: str | None = None
 ) -> EncoderWeights:
     """Initialise a target model's encoder from any supported checkpoint (converted on the fly).
 
-    Used by finetuning: the head (``head.*`` for timm) keeps its fresh initialisation.
+    Used by finetuning: the head (``head.*`` for timm) keeps its fresh initialisation. With
+    ``expect_size``, weights of another size are a ValueError naming both.
     """
     enc = to_canonical(load_weights(path))
+    if expect_size is not None and enc.size != expect_size:
+        raise ValueError(
+            f"{path} holds ConvNeXt V2-{enc.size} weights, but the model is {expect_size}; "
+            f"pass model={enc.size}"
+        )
     load_into(model, export_state_dict(enc, fmt), fmt)
     return enc

@@ -26,6 +26,16 @@ from tests.conftest import randomize_
 TOL = 1e-4
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: these tests share 2 cores with other jobs, and oversubscribed
+    OpenMP threads slow small convolutions down several times."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _sparse_fcmae(size: str = "atto"):
     return randomize_(create_fcmae(size, "sparse"))
 
@@ -272,6 +282,21 @@ def test_cli_rejects_bad_input_before_work(tmp_path, capsys):
     with pytest.raises(SystemExit, match="could not place 1 key"):
         export_main([str(bad), "--format", "timm", "-o", str(tmp_path / "out.pt")])
     assert not (tmp_path / "out.pt").exists()
+
+
+class _Custom:  # a pickled object that is not plain data
+    pass
+
+
+def test_unsafe_or_broken_files_are_refused(tmp_path):
+    bad = tmp_path / "pickled.pt"
+    torch.save({"model": {"w": torch.zeros(1)}, "obj": _Custom()}, bad)
+    with pytest.raises(ValueError, match="not plain data .*_Custom"):
+        load_weights(bad)
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable torch checkpoint"):
+        load_weights(broken)
 
 
 def test_export_checkpoint_torch_output(tmp_path):
