@@ -124,6 +124,9 @@ ERRORS = [
     (["resume=/no/such/run"], "resume=/no/such/run: no checkpoint at"),
     (["logger=wandb", "logger.mode=loud"], "logger.mode='loud' is not valid"),
     (["data.images=[astronaut,unicorn]"], "data.images has unknown ['unicorn']"),
+    (["data.std=[0.2,0.2]"], "data.std must be three numbers"),
+    (["data.input_size=[64]"], "data.input_size must be a number or a pair"),
+    (["model.norm_pix_loss=maybe"], "model.norm_pix_loss must be true or false"),
 ]
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from fcmae.engine import (
+    ConfigReader,
     MetricsWriter,
     Progress,
     WarmupCosine,
@@ -112,3 +113,24 @@ def test_precision_checks():
     with autocast_context("bf16", "cpu"):
         y = nn.Linear(4, 4)(torch.randn(2, 4))
     assert y.dtype == torch.bfloat16
+
+
+def test_config_reader_one_line_errors():
+    r = ConfigReader({"a": {"n": 3, "x": 0.5, "flag": True, "pair": [1, 2], "req": "???"}})
+    assert r.int("a.n") == 3 and r.float("a.x", high=1.0) == 0.5 and r.bool("a.flag", False)
+    assert r.pair("a.pair", None) == (1.0, 2.0)
+    assert r.pair("a.n", None, kind=int, scalar=True) == (3, 3)
+    assert r.get("a.req", "fallback") == "fallback" and r.get("a.none.deeper") is None
+    assert r.int("a.missing", None, optional=True) is None
+    cases = [
+        (lambda: r.int("a.x"), "a.x must be a positive integer, got 0.5"),
+        (lambda: r.int("a.flag"), "a.flag must be a positive integer, got True"),
+        (lambda: r.float("a.n", high=1.0), "a.n must be a number in [0.0, 1.0], got 3"),
+        (lambda: r.choice("a.n", ("p", "q")), "a.n=3 is not valid; choose one of: p, q"),
+        (lambda: r.pair("a.n", None), "a.n must be a pair of numbers [a, b], got 3"),
+        (lambda: r.bool("a.n", False), "a.n must be true or false, got 3"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError) as err:
+            call()
+        assert str(err.value) == message

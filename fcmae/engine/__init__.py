@@ -2,6 +2,7 @@
 
 Nothing here knows about FCMAE or ConvNeXt: each module is a small, general building block.
 
+* :mod:`~fcmae.engine.config_reader` - typed config reads with one-line errors;
 * :mod:`~fcmae.engine.log` - rank-aware ``logging`` setup (console + ``train.log``);
 * :mod:`~fcmae.engine.metrics` - JSON-lines metrics writer (``metrics.jsonl``, slash keys);
 * :mod:`~fcmae.engine.progress` - progress reporting with images/s, ETA and peak memory;
@@ -21,6 +22,7 @@ from fcmae.engine.checkpoint import (
     load_checkpoint,
     resolve_resume,
 )
+from fcmae.engine.config_reader import ConfigReader
 from fcmae.engine.distributed import DistInfo, init_distributed, teardown_distributed
 from fcmae.engine.log import setup_logging
 from fcmae.engine.metrics import MetricsWriter
@@ -32,6 +34,7 @@ from fcmae.engine.rng import capture_rng_state, restore_rng_state
 from fcmae.engine.signals import GracefulStop
 
 __all__ = [
+    "ConfigReader",
     "DistInfo",
     "GracefulStop",
     "MetricsWriter",

@@ -7,14 +7,13 @@ key and the fix, before any work starts.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from fcmae.data import DATASETS, DataSpec, check_image_root
 from fcmae.data.datasets import SAMPLE_IMAGES
 from fcmae.engine import check_precision, resolve_resume
+from fcmae.engine.config_reader import ConfigReader
 from fcmae.engine.distributed import DEVICES
 from fcmae.engine.precision import PRECISIONS
 from fcmae.engine.wandb_logger import MODES as WANDB_MODES
@@ -128,95 +127,60 @@ class PretrainSpec:
 # config -> specs, with one-line errors
 
 
-def _get(cfg: Mapping, dotted: str, default: Any = None) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return default
-        node = node[part]
-    return default if node == "???" else node
-
-
-def _int(cfg: Mapping, key: str, default: Any = None, *, low: int = 1, optional=False) -> Any:
-    value = _get(cfg, key, default)
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        what = "a positive integer" if low == 1 else f"an integer >= {low}"
-        raise ValueError(f"{key} must be {what}, got {value!r}")
-    return value
-
-
-def _float(cfg: Mapping, key: str, default: Any = None, *, low=0.0, high=math.inf, optional=False):
-    value = _get(cfg, key, default)
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise ValueError(f"{key} must be a number in [{low}, {high}], got {value!r}")
-    return float(value)
-
-
-def _choice(cfg: Mapping, key: str, choices, default: Any = None) -> Any:
-    value = _get(cfg, key, default)
-    if value not in choices:
-        raise ValueError(f"{key}={value!r} is not valid; choose one of: {', '.join(choices)}")
-    return value
-
-
-def _pair(cfg: Mapping, key: str, default: Any, kind=float) -> tuple:
-    value = _get(cfg, key, default)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        value = (value, value)
-    if not isinstance(value, list | tuple) or len(value) != 2:
-        raise ValueError(f"{key} must be a number or a pair [a, b], got {value!r}")
-    if any(isinstance(v, bool) or not isinstance(v, int | float) for v in value):
-        raise ValueError(f"{key} must hold numbers, got {value!r}")
-    return tuple(kind(v) for v in value)
+def _triple(r: ConfigReader, key: str, default, positive: bool = False) -> tuple[float, ...]:
+    value = r.get(key, default)
+    ok = isinstance(value, list | tuple) and len(value) == 3
+    if not ok or any(isinstance(v, bool) or not isinstance(v, int | float) for v in value):
+        raise ValueError(f"{key} must be three numbers (one per RGB channel), got {value!r}")
+    if positive and min(value) <= 0:
+        raise ValueError(f"{key} must be positive, got {list(value)}")
+    return tuple(float(v) for v in value)
 
 
 def specs_from_config(cfg: Mapping) -> PretrainSpec:
     """Typed, validated settings from a composed config (nested dict); ValueError if bad."""
-    size = _get(cfg, "model.size", "atto")
+    r = ConfigReader(cfg)
+    size = r.get("model.size", "atto")
     if size not in MODEL_SIZES:
         raise ValueError(
             f"model.size={size!r} is unknown; choose one of: {', '.join(MODEL_SIZES)}"
         )
-    engine = _choice(cfg, "engine.name", ENGINES, "sparse")
-    patch = _int(cfg, "model.patch_size", 32)
+    engine = r.choice("engine.name", ENGINES, "sparse")
+    patch = r.int("model.patch_size", 32)
     if patch % ENCODER_STRIDE:
         raise ValueError(f"model.patch_size must be a multiple of {ENCODER_STRIDE}, got {patch}")
     model = ModelSpec(
         size=size,
         engine=engine,
-        depthwise_impl=_choice(cfg, "engine.depthwise_impl", DEPTHWISE_IMPLS, "auto"),
-        in_chans=_int(cfg, "model.in_chans", 3),
+        depthwise_impl=r.choice("engine.depthwise_impl", DEPTHWISE_IMPLS, "auto"),
+        in_chans=r.int("model.in_chans", 3),
         patch_size=patch,
-        mask_ratio=_float(cfg, "model.mask_ratio", 0.6, high=0.999),
-        decoder_dim=_int(cfg, "model.decoder_dim", 512),
-        decoder_depth=_int(cfg, "model.decoder_depth", 1),
-        norm_pix_loss=bool(_get(cfg, "model.norm_pix_loss", True)),
-        drop_path_rate=_float(cfg, "model.drop_path_rate", 0.0, high=1.0),
+        mask_ratio=r.float("model.mask_ratio", 0.6, high=0.999),
+        decoder_dim=r.int("model.decoder_dim", 512),
+        decoder_depth=r.int("model.decoder_depth", 1),
+        norm_pix_loss=r.bool("model.norm_pix_loss", True),
+        drop_path_rate=r.float("model.drop_path_rate", 0.0, high=1.0),
     )
     if model.in_chans != 3:
         raise ValueError("model.in_chans must be 3 for the RGB image data sets")
 
-    data_name = _choice(cfg, "data.name", DATASETS, "samples")
-    size_hw = _pair(cfg, "data.input_size", 224, kind=int)
+    data_name = r.choice("data.name", DATASETS, "samples")
+    size_hw = r.pair("data.input_size", 224, kind=int, scalar=True)
     if any(s <= 0 or s % patch for s in size_hw):
         raise ValueError(
             f"data.input_size={list(size_hw)} must be positive multiples of the patch size "
             f"{patch} (e.g. {patch * 3} or {patch * 7})"
         )
-    scale = _pair(cfg, "data.crop_scale", (0.2, 1.0))
+    scale = r.pair("data.crop_scale", (0.2, 1.0))
     if not 0 < scale[0] <= scale[1] <= 1:
         raise ValueError(f"data.crop_scale must satisfy 0 < min <= max <= 1, got {list(scale)}")
-    ratio = _pair(cfg, "data.crop_ratio", (3 / 4, 4 / 3))
+    ratio = r.pair("data.crop_ratio", (3 / 4, 4 / 3))
     if not 0 < ratio[0] <= ratio[1]:
         raise ValueError(f"data.crop_ratio must satisfy 0 < min <= max, got {list(ratio)}")
-    root = _get(cfg, "data.root")
+    root = r.get("data.root")
     if data_name == "imagefolder":
         root = str(check_image_root(root))
-    images = tuple(_get(cfg, "data.images") or ())
+    images = tuple(r.get("data.images") or ())
     unknown = [n for n in images if n not in SAMPLE_IMAGES]
     if unknown:
         raise ValueError(
@@ -229,68 +193,68 @@ def specs_from_config(cfg: Mapping) -> PretrainSpec:
         input_size=size_hw,
         crop_scale=scale,
         crop_ratio=ratio,
-        hflip=_float(cfg, "data.hflip", 0.5, high=1.0),
-        interpolation=_choice(
-            cfg, "data.interpolation", ("bicubic", "bilinear", "nearest"), "bicubic"
+        hflip=r.float("data.hflip", 0.5, high=1.0),
+        interpolation=r.choice(
+            "data.interpolation", ("bicubic", "bilinear", "nearest"), "bicubic"
         ),
-        mean=tuple(_get(cfg, "data.mean", (0.485, 0.456, 0.406))),
-        std=tuple(_get(cfg, "data.std", (0.229, 0.224, 0.225))),
-        samples_per_epoch=_int(cfg, "data.samples_per_epoch", None, optional=True),
-        num_workers=_int(cfg, "data.num_workers", 8, low=0),
+        mean=_triple(r, "data.mean", (0.485, 0.456, 0.406)),
+        std=_triple(r, "data.std", (0.229, 0.224, 0.225), positive=True),
+        samples_per_epoch=r.int("data.samples_per_epoch", None, optional=True),
+        num_workers=r.int("data.num_workers", 8, low=0),
     )
 
-    betas = _pair(cfg, "optim.betas", (0.9, 0.95))
+    betas = r.pair("optim.betas", (0.9, 0.95))
     if not all(0 <= b < 1 for b in betas):
         raise ValueError(f"optim.betas must lie in [0, 1), got {list(betas)}")
     optim = OptimSpec(
-        blr=_float(cfg, "optim.blr", 1.5e-4),
-        lr=_float(cfg, "optim.lr", None, optional=True),
-        weight_decay=_float(cfg, "optim.weight_decay", 0.05),
+        blr=r.float("optim.blr", 1.5e-4),
+        lr=r.float("optim.lr", None, optional=True),
+        weight_decay=r.float("optim.weight_decay", 0.05),
         betas=betas,
-        eps=_float(cfg, "optim.eps", 1e-8),
-        clip_grad=_float(cfg, "optim.clip_grad", None, optional=True),
+        eps=r.float("optim.eps", 1e-8),
+        clip_grad=r.float("optim.clip_grad", None, optional=True),
     )
     if optim.clip_grad is not None and optim.clip_grad <= 0:
         raise ValueError("optim.clip_grad must be positive, or null to disable clipping")
     schedule = ScheduleSpec(
-        warmup_epochs=_float(cfg, "schedule.warmup_epochs", 40.0),
-        warmup_steps=_int(cfg, "schedule.warmup_steps", None, low=0, optional=True),
-        min_lr=_float(cfg, "schedule.min_lr", 0.0),
+        warmup_epochs=r.float("schedule.warmup_epochs", 40.0),
+        warmup_steps=r.int("schedule.warmup_steps", None, low=0, optional=True),
+        min_lr=r.float("schedule.min_lr", 0.0),
     )
 
-    precision = _choice(cfg, "trainer.precision", PRECISIONS, "fp32")
+    precision = r.choice("trainer.precision", PRECISIONS, "fp32")
     check_precision(
         precision,
         supports_bf16=engine == "dense",
         who="engine=sparse (MinkowskiEngine is fp32 only; engine=dense supports bf16)",
     )
     trainer = TrainerSpec(
-        device=_choice(cfg, "trainer.device", DEVICES, "auto"),
+        device=r.choice("trainer.device", DEVICES, "auto"),
         precision=precision,
-        batch_size=_int(cfg, "trainer.batch_size", 64),
-        accum_steps=_int(cfg, "trainer.accum_steps", 1),
-        epochs=_int(cfg, "trainer.epochs", 800),
-        max_steps=_int(cfg, "trainer.max_steps", None, optional=True),
-        stop_at=_int(cfg, "trainer.stop_at", None, optional=True),
-        seed=_int(cfg, "seed", 0, low=0),
-        deterministic=bool(_get(cfg, "trainer.deterministic", False)),
-        num_threads=_int(cfg, "trainer.num_threads", None, optional=True),
-        log_every=_int(cfg, "trainer.log_every", 10),
-        ckpt_every=_int(cfg, "trainer.ckpt_every", 1000, low=0),
-        keep_every=_int(cfg, "trainer.keep_every", 0, low=0),
-        recon_every=_int(cfg, "trainer.recon_every", 0, low=0),
-        recon_images=_int(cfg, "trainer.recon_images", 4, low=0),
-        progress_bar=_get(cfg, "trainer.progress_bar"),
+        batch_size=r.int("trainer.batch_size", 64),
+        accum_steps=r.int("trainer.accum_steps", 1),
+        epochs=r.int("trainer.epochs", 800),
+        max_steps=r.int("trainer.max_steps", None, optional=True),
+        stop_at=r.int("trainer.stop_at", None, optional=True),
+        seed=r.int("seed", 0, low=0),
+        deterministic=r.bool("trainer.deterministic", False),
+        num_threads=r.int("trainer.num_threads", None, optional=True),
+        log_every=r.int("trainer.log_every", 10),
+        ckpt_every=r.int("trainer.ckpt_every", 1000, low=0),
+        keep_every=r.int("trainer.keep_every", 0, low=0),
+        recon_every=r.int("trainer.recon_every", 0, low=0),
+        recon_images=r.int("trainer.recon_images", 4, low=0),
+        progress_bar=r.get("trainer.progress_bar"),
     )
     logger = LoggerSpec(
-        name=_choice(cfg, "logger.name", LOGGERS, "none"),
-        project=str(_get(cfg, "logger.project", "fcmae")),
-        mode=_choice(cfg, "logger.mode", WANDB_MODES, "offline"),
-        entity=_get(cfg, "logger.entity"),
-        run_name=_get(cfg, "logger.run_name"),
-        tags=tuple(_get(cfg, "logger.tags") or ()),
+        name=r.choice("logger.name", LOGGERS, "none"),
+        project=str(r.get("logger.project", "fcmae")),
+        mode=r.choice("logger.mode", WANDB_MODES, "offline"),
+        entity=r.get("logger.entity"),
+        run_name=r.get("logger.run_name"),
+        tags=tuple(r.get("logger.tags") or ()),
     )
-    resume = _get(cfg, "resume")
+    resume = r.get("resume")
     if resume not in (None, "auto", "none", ""):
         # A given checkpoint must exist; resume=auto is resolved when the run starts.
         resolve_resume(resume, ".", CHECKPOINT)
@@ -302,5 +266,5 @@ def specs_from_config(cfg: Mapping) -> PretrainSpec:
         trainer,
         logger,
         resume=None if resume is None else str(resume),
-        runs_root=_get(cfg, "paths.runs_root"),
+        runs_root=r.get("paths.runs_root"),
     )
