@@ -15,7 +15,7 @@ from fcmae.bench.config import BenchSettings, Case, Grid, Variant, expand, valid
 from fcmae.bench.macs import Geometry, encoder_layer_macs, ideal_ratio, phase_macs
 from fcmae.bench.memory import measure_cpu
 from fcmae.bench.report import COLUMNS, PLOTS
-from fcmae.bench.runner import rotation, run_bench, summarize
+from fcmae.bench.runner import paired_ratio, rotation, run_bench, summarize
 from fcmae.registry import MODEL_SIZES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,6 +95,9 @@ def test_rotation_alternates_the_order_and_summary_statistics():
     assert s["median_ms"] == 3.0 and s["min_ms"] == 1.0 and s["max_ms"] == 100.0
     assert s["q1_ms"] == 2.0 and s["q3_ms"] == 5.0 and s["iqr_ms"] == 3.0
     assert summarize([4.0])["iqr_ms"] == 0.0
+    # load that doubles every time in repetition 2 cancels in the paired ratio
+    assert paired_ratio([1.0, 4.0, 1.0], [2.0, 8.0, 2.0]) == 0.5
+    assert paired_ratio([1.0], None) is None
 
 
 def test_cpu_peak_memory_tracks_live_tensors():
@@ -208,7 +211,8 @@ def test_tiny_benchmark_end_to_end_writes_every_file(tmp_path):
         assert r["median_ms"] > 0 and r["peak_mem_mb"] > 0 and r["macs"] > 0
         assert r["mem_method"] in ("rss-hwm", "rss-sampled")
         if r["engine"] == "dense":
-            assert r["time_ratio"] == 1.0 and r["mac_ratio"] == 1.0 and r["max_abs_diff"] is None
+            assert r["time_ratio"] == r["time_ratio_paired"] == r["mac_ratio"] == 1.0
+            assert r["max_abs_diff"] is None
         else:  # mask 0.5 of a 2x2 grid: 2 of 4 patches visible
             assert r["visible_fraction"] == 0.5
             if r["phase"] == "train_step":  # + the decoder, dense in both engines

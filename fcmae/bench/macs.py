@@ -10,9 +10,12 @@ Two counts per configuration:
 * ``ideal``: every layer, the stem included, only at visible sites. This is the limit an
   ideal sparse encoder reaches; with ``v`` of ``L`` patches visible it is ``v / L`` of the
   dense count (REFERENCE section 6: 19/49 -> 0.388).
-* ``executed``: what this project's sparse engine actually computes: the stem runs on the whole
-  image, and the ``canvas`` depthwise conv runs densely on the whole canvas. The
-  ``minkowski`` depthwise conv is counted as K*K taps per visible site.
+* ``executed``: what this project's sparse engine computes with the ``canvas`` depthwise conv,
+  which runs densely on the whole canvas of its stage; every other layer (the stem included,
+  since it is gathered at visible patches) at visible sites. With the ``minkowski``
+  depthwise conv the engine executes the ideal count (K*K taps per visible site, at most).
+  NOTE: this mirrors fcmae/sparse_encoder.py as of the stem-on-visible-patches change; a
+  change of what the engine computes must be mirrored here.
 
 Backward: the gradients with respect to a layer's input and to its weights each cost as many
 MACs as its forward, except that the stem needs no input gradient (the image is a leaf).
@@ -28,6 +31,7 @@ from fcmae.registry import get_size
 DW_TAPS = 7 * 7  # depthwise kernel 7x7
 DOWN_TAPS = 2 * 2  # downsampling kernel 2x2, stride 2
 STEM_TAPS = STEM_STRIDE * STEM_STRIDE  # stem kernel 4x4, stride 4
+MODES = ("dense", "ideal", "executed")
 
 
 @dataclass(frozen=True)
@@ -58,21 +62,16 @@ def encoder_layer_macs(size: str, geo: Geometry, mode: str) -> dict[str, int]:
     ``stages.i.pwconv1``, ``stages.i.pwconv2`` (summed over the blocks of stage ``i``).
 
     ``mode``: ``dense`` (the masked-dense twin: every site), ``ideal`` (every layer at visible
-    sites only) or ``executed`` (this sparse engine: dense stem, canvas depthwise conv dense;
-    pass ``executed-minkowski`` for the MinkowskiEngine depthwise conv).
+    sites only) or ``executed`` (the sparse engine with the canvas depthwise conv, which runs
+    on the whole canvas).
     """
-    if mode not in ("dense", "ideal", "executed", "executed-minkowski"):
-        raise ValueError(f"unknown MAC counting mode {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"unknown MAC counting mode {mode!r}; expected one of {MODES}")
     spec = get_size(size)
     sparse = mode != "dense"
-    stem_sparse = mode == "ideal"
-    dw_sparse = mode in ("ideal", "executed-minkowski")
-    macs = {
-        "stem": geo.sites(STEM_STRIDE, sparse=stem_sparse)
-        * geo.in_chans
-        * STEM_TAPS
-        * spec.dims[0]
-    }
+    dw_sparse = mode == "ideal"
+    stem_sites = geo.sites(STEM_STRIDE, sparse=sparse)
+    macs = {"stem": stem_sites * geo.in_chans * STEM_TAPS * spec.dims[0]}
     for i, (depth, dim) in enumerate(zip(spec.depths, spec.dims, strict=True)):
         stride = STEM_STRIDE * 2**i
         n = geo.sites(stride, sparse=sparse)  # sites at this stage: (N,)

@@ -48,6 +48,9 @@ COLUMNS = (
     "max_ms",
     "img_per_s",
     "time_ratio",
+    "time_ratio_paired",
+    "time_ratio_min",
+    "load_avg",
     "macs",
     "macs_executed",
     "mac_ratio",
@@ -154,8 +157,10 @@ def to_markdown(records: list[dict], env: dict) -> str:
         f"Command: `{env.get('command') or 'fcmae-bench'}`",
         "",
         "Times are medians (IQR = interquartile range); ratios are sparse / dense for the same "
-        "case and phase; MAC ratio is the ideal one (every layer at visible sites only); peak "
-        "memory is this engine's alone, measured in a fresh process (method in results.csv).",
+        "case and phase: time ratio of the medians, paired = median of the per-repetition "
+        "ratios (engines run back to back); MAC ratio is the ideal one (every layer at visible "
+        "sites only); peak memory is this engine's alone, measured in a fresh process (method "
+        "in results.csv).",
         "",
     ]
     cols = (
@@ -169,6 +174,7 @@ def to_markdown(records: list[dict], env: dict) -> str:
         "IQR ms",
         "img/s",
         "time ratio",
+        "paired",
         "MAC ratio",
         "peak MB",
         "mem ratio",
@@ -187,6 +193,7 @@ def to_markdown(records: list[dict], env: dict) -> str:
             _fmt(r["iqr_ms"], ".1f"),
             _fmt(r["img_per_s"], ".2f"),
             _fmt(r["time_ratio"], ".3f"),
+            _fmt(r["time_ratio_paired"], ".3f"),
             _fmt(r["mac_ratio"], ".3f"),
             _fmt(r["peak_mem_mb"], ".0f"),
             _fmt(r["mem_ratio"], ".3f"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import statistics
 import time
 from pathlib import Path
@@ -86,6 +87,25 @@ def time_phase(
     return times
 
 
+def paired_ratio(times: list[float], ref: list[float] | None) -> float | None:
+    """Median over repetitions of ``times[i] / ref[i]``.
+
+    Repetition ``i`` ran every engine back to back, so load that drifts from one repetition to
+    the next cancels in each ratio.
+    """
+    if not ref:
+        return None
+    return statistics.median(a / b for a, b in zip(times, ref, strict=True))
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the platform has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def _ratio(a, b):
     return None if a is None or b in (None, 0) else a / b
 
@@ -114,8 +134,10 @@ def measure_case(
                     scale,
                 )
     times = {}
+    loads = []
     for phase in settings.phases:
         times[phase] = time_phase(phase, models, vs, inputs, settings, device)
+        loads.append(load_average())
         for v in vs:
             log.info(
                 "%s %-16s %-17s median %9.1f ms",
@@ -148,10 +170,21 @@ def measure_case(
                 v.name,
                 {p: round(m["peak_mem_mb"], 1) for p, m in memory[v.name].items()},
             )
-    return build_records(case, vs, geo, times, memory, diffs, settings, device)
+    load = max(loads) if None not in loads else None
+    cores = os.cpu_count() or 1
+    if device.type == "cpu" and load is not None and load > cores:
+        log.warning(
+            "%s: load average %.1f on %d cores while timing; other processes shared the CPU, "
+            "expect noisy times (the paired ratio is the most robust figure)",
+            case.label(),
+            load,
+            cores,
+        )
+    return build_records(case, vs, geo, times, memory, diffs, settings, device, load)
 
 
-def build_records(case, vs, geo, times, memory, diffs, settings, device) -> list[dict]:
+def build_records(case, vs, geo, times, memory, diffs, settings, device, load) -> list[dict]:
+    """One record per engine and phase; ``load``: the 1-minute load average while timing."""
     records = []
     threads = settings.threads or torch.get_num_threads()
     for phase in settings.phases:
@@ -159,15 +192,17 @@ def build_records(case, vs, geo, times, memory, diffs, settings, device) -> list
         dense = Variant("dense")
         dense_t = times[phase].get(dense.name)
         dense_ms = statistics.median(dense_t) if dense_t else None
+        dense_min = min(dense_t) if dense_t else None
         dense_mem = memory.get(dense.name, {}).get(phase, {}).get("peak_mem_mb")
         for v in vs:
             if v.engine == "dense":
                 macs = macs_exec = dense_macs
             else:
                 macs = phase_macs(case.model, geo, "ideal", phase)
-                mode = "executed" if v.impl == "canvas" else "executed-minkowski"
+                mode = "executed" if v.impl == "canvas" else "ideal"
                 macs_exec = phase_macs(case.model, geo, mode, phase)
-            stats = summarize(times[phase][v.name])
+            own = times[phase][v.name]
+            stats = summarize(own)
             mem = memory.get(v.name, {}).get(phase, {})
             diff = diffs.get(v.name)
             records.append(
@@ -190,6 +225,9 @@ def build_records(case, vs, geo, times, memory, diffs, settings, device) -> list
                     **stats,
                     "img_per_s": case.batch / stats["median_ms"] * 1e3,
                     "time_ratio": _ratio(stats["median_ms"], dense_ms),
+                    "time_ratio_paired": paired_ratio(own, dense_t),
+                    "time_ratio_min": _ratio(stats["min_ms"], dense_min),
+                    "load_avg": load,
                     "macs": macs,
                     "macs_executed": macs_exec,
                     "mac_ratio": macs / dense_macs,
