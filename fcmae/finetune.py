@@ -714,10 +714,13 @@ def finetune(
     def run_eval() -> bool:
         """Evaluate model (and EMA) at an epoch end; True when the best metric improved."""
         record = {"train/epoch": step / steps_per_epoch}
-        results = {"val": evaluate(ddp, val_set, info, trainer.batch_size, data.num_workers)}
+        # the unwrapped model: ranks may see different numbers of evaluation batches, and
+        # evaluation needs no collective inside the forward
+        kw = {"batch_size": trainer.batch_size, "num_workers": data.num_workers}
+        results = {"val": evaluate(net, val_set, info, precision=trainer.precision, **kw)}
         if ema_model is not None:
             results["val_ema"] = evaluate(
-                ema_model.module, val_set, info, trainer.batch_size, data.num_workers
+                ema_model.module, val_set, info, precision=trainer.precision, **kw
             )
         for prefix, res in results.items():
             record.update({f"{prefix}/{k}": v for k, v in res.items()})
@@ -728,8 +731,9 @@ def finetune(
         evals.append(record)
         metrics.write(step, record)
         log.info(
-            "epoch %d/%d: %s",
-            round(step / steps_per_epoch),
+            "step %d, epoch %.3g/%d: %s",
+            step,
+            step / steps_per_epoch,
             math.ceil(total_steps / steps_per_epoch),
             " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "train/epoch"),
         )
@@ -776,7 +780,8 @@ def finetune(
                         sync = micro == trainer.accum_steps - 1 or not info.distributed
                         with contextlib.nullcontext() if sync else ddp.no_sync():
                             with autocast_context(trainer.precision, info.device):
-                                loss = criterion(ddp(imgs), labels)
+                                logits = ddp(imgs)  # (B, K)
+                            loss = criterion(logits.float(), labels)
                             (loss / trainer.accum_steps).backward()
                         value = loss.detach().float().item()
                         stats[0] += value / trainer.accum_steps

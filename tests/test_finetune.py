@@ -92,6 +92,15 @@ def test_resume_is_exact(tmp_path):
     assert full.evals[-1]["val/top1"] == rest.evals[-1]["val/top1"]
 
 
+def test_bf16_autocast(tmp_path):
+    res = finetune_from_spec(
+        spec_for("trainer.precision=bf16", "trainer.max_steps=2", "data.val_fraction=0.05"),
+        tmp_path / "run",
+    )
+    assert res.step == 2 and all(np.isfinite(res.losses))
+    assert next(res.model.parameters()).dtype == torch.float32  # autocast, fp32 weights
+
+
 def test_init_from_pretraining_checkpoint_and_export(tmp_path):
     ckpt = _pretrain_checkpoint(tmp_path / "checkpoint.pt")
     res = finetune_from_spec(
