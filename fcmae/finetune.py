@@ -47,6 +47,7 @@ from fcmae.data.finetune import (
 )
 from fcmae.data.sampling import StepSampler
 from fcmae.engine import (
+    ConfigReader,
     GracefulStop,
     MetricsWriter,
     Progress,
@@ -194,63 +195,11 @@ class FinetuneResult:
 
 # ----------------------------------------------------------------------------------------
 # config -> specs, with one-line errors
-# FIXME: duplicate of fcmae.pretrain's private _get/_int/_float/_choice/_pair readers; both
-# belong in one shared helper (fcmae.engine), which does not exist yet.
-
-
-class _Reader:
-    def __init__(self, cfg: Mapping) -> None:
-        self.cfg = cfg
-
-    def get(self, dotted: str, default: Any = None) -> Any:
-        node: Any = self.cfg
-        for part in dotted.split("."):
-            if not isinstance(node, Mapping) or part not in node:
-                return default
-            node = node[part]
-        return default if node == "???" else node
-
-    def int(self, key: str, default: Any = None, *, low: int = 1, optional=False) -> Any:
-        value = self.get(key, default)
-        if value is None and optional:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            what = "a positive integer" if low == 1 else f"an integer >= {low}"
-            raise ValueError(f"{key} must be {what}, got {value!r}")
-        return value
-
-    def float(self, key: str, default: Any = None, *, low=0.0, high=math.inf, optional=False):
-        value = self.get(key, default)
-        if value is None and optional:
-            return None
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not ok or not low <= value <= high:
-            raise ValueError(f"{key} must be a number in [{low}, {high}], got {value!r}")
-        return float(value)
-
-    def choice(self, key: str, choices, default: Any = None) -> Any:
-        value = self.get(key, default)
-        if value not in choices:
-            raise ValueError(f"{key}={value!r} is not valid; choose one of: {', '.join(choices)}")
-        return value
-
-    def pair(self, key: str, default: Any) -> tuple[float, float]:
-        value = self.get(key, default)
-        ok = isinstance(value, list | tuple) and len(value) == 2
-        if not ok or any(isinstance(v, bool) or not isinstance(v, int | float) for v in value):
-            raise ValueError(f"{key} must be a pair of numbers [a, b], got {value!r}")
-        return float(value[0]), float(value[1])
-
-    def bool(self, key: str, default: bool) -> bool:
-        value = self.get(key, default)
-        if not isinstance(value, bool):
-            raise ValueError(f"{key} must be true or false, got {value!r}")
-        return value
 
 
 def specs_from_config(cfg: Mapping) -> FinetuneSpec:
     """Typed, validated settings from a composed config (nested dict); ValueError if bad."""
-    r = _Reader(cfg)
+    r = ConfigReader(cfg)
     size = r.get("model.size", "atto")
     if size not in MODEL_SIZES:
         raise ValueError(
