@@ -460,6 +460,8 @@ def verify(
     ref = fcmae.encoder(imgs, visible)  # (B, C3, H/32, W/32)
 
     # Targets are built on the meta device and take the tensors: skips their random init.
+    # The comparison runs in fp32 whatever the stored dtype.
+    exported = {k: v.float() if v.is_floating_point() else v for k, v in exported.items()}
     target = build_target(fmt, enc.size, enc.in_chans, device="meta").eval()
     load_into(target, exported, fmt)
     if fmt == "timm":
