@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sparse_ops.functional import gelu_grn, grn
+from sparse_ops.functional import gelu_grn, grn, unique_rows
 from sparse_ops.layout import depthwise_kernel_to_weight
 from sparse_ops.minkowski import import_minkowski
 from sparse_ops.tensor import Canvas
@@ -98,7 +98,8 @@ class SparseGRN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, dim))
 
     def forward(self, x, canvas: Canvas):
-        out = grn(x.F, self.gamma, self.beta, canvas.batch, canvas.batch_size, self.eps)
+        samples = canvas.samples(x.F.dtype)
+        out = grn(x.F, self.gamma, self.beta, canvas.batch, samples, self.eps)
         return with_features(x, out)
 
 
@@ -136,7 +137,8 @@ class SparseBlock(nn.Module):
 
     def forward(self, x, canvas: Canvas):
         y = self.pwconv1.linear(self.norm.ln(self.dwconv(x, canvas).F))  # (N, 4C)
-        y = gelu_grn(y, self.grn.gamma, self.grn.beta, canvas.batch, canvas.batch_size)
+        samples = canvas.samples(y.dtype)
+        y = gelu_grn(y, self.grn.gamma, self.grn.beta, canvas.batch, samples, self.grn.eps)
         y = with_features(x, self.pwconv2.linear(y))  # (N, C)
         return with_features(x, x.F + self.drop_path(y, canvas).F)
 
@@ -180,7 +182,7 @@ class SparseStridedConv(ME.MinkowskiConvolution):
                 "stride (use impl='minkowski')"
             )
         k2, cin, cout = self.kernel.shape
-        feats = x.F.index_select(0, rows.reshape(-1)).view(-1, k2 * cin)  # (M, K*K*C_in)
+        feats = unique_rows(x.F, rows.reshape(-1)).view(-1, k2 * cin)  # (M, K*K*C_in)
         out = torch.addmm(self.bias, feats, self.kernel.reshape(k2 * cin, cout))  # (M, C_out)
         return ME.SparseTensor(out, coordinate_map_key=out_key, coordinate_manager=cm)
 

@@ -9,11 +9,12 @@ so a row or column masked in every sample never shrinks the result.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from sparse_ops.functional import unique_rows
 from sparse_ops.minkowski import import_minkowski
 
 
@@ -29,6 +30,7 @@ class Canvas:
     shape: tuple[int, int, int]  # (B, H, W) at this tensor stride
     flat: Tensor
     batch: Tensor
+    _samples: dict = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, x, shape: tuple[int, int, int]) -> Canvas:
@@ -42,6 +44,13 @@ class Canvas:
     @property
     def batch_size(self) -> int:
         return self.shape[0]
+
+    def samples(self, dtype: torch.dtype) -> Tensor:
+        """One-hot ``(B, N)`` matrix of each site's sample, for per-sample sums as a GEMM."""
+        if dtype not in self._samples:
+            ids = torch.arange(self.batch_size, device=self.batch.device)
+            self._samples[dtype] = (ids[:, None] == self.batch[None, :]).to(dtype)
+        return self._samples[dtype]
 
     def scatter(self, feats: Tensor) -> Tensor:
         """``(N, C)`` -> zero-filled channels-last canvas ``(B, H, W, C)``."""
@@ -70,7 +79,7 @@ class Canvas:
 
     def gather(self, dense: Tensor) -> Tensor:
         """Channels-last ``(B, H, W, C)`` -> ``(N, C)`` at the sites, in feature row order."""
-        return dense.reshape(-1, dense.shape[-1]).index_select(0, self.flat)
+        return unique_rows(dense.reshape(-1, dense.shape[-1]), self.flat)
 
 
 def to_sparse(x: Tensor, visible: Tensor, *, tensor_stride: int = 1, coordinate_manager=None):

@@ -256,7 +256,16 @@ def test_fused_gelu_grn_gradients():
     gamma = torch.randn(1, c, dtype=torch.float64, requires_grad=True)
     beta = torch.randn(1, c, dtype=torch.float64, requires_grad=True)
     batch = torch.arange(n) % b
+    samples = (torch.arange(b)[:, None] == batch[None]).double()  # (B, N) one-hot
     h.data[batch == 1, 2] = 0.0  # an all-zero channel in one sample: norm 0, gradient finite
-    assert torch.autograd.gradcheck(lambda *a: gelu_grn(*a, batch, b), (h, gamma, beta))
-    ref = grn(F.gelu(h), gamma, beta, batch, b)
-    assert_close(gelu_grn(h, gamma, beta, batch, b), ref, 1e-12, "fused vs unfused")
+    assert torch.autograd.gradcheck(lambda *a: gelu_grn(*a, batch, samples), (h, gamma, beta))
+    ref = grn(F.gelu(h), gamma, beta, batch, samples)
+    assert_close(gelu_grn(h, gamma, beta, batch, samples), ref, 1e-12, "fused vs unfused")
+
+
+def test_unique_rows_gradient():
+    from sparse_ops.functional import unique_rows
+
+    src = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    index = torch.tensor([4, 0, 6, 2])
+    assert torch.autograd.gradcheck(lambda s: unique_rows(s, index), (src,))
