@@ -63,6 +63,7 @@ COLUMNS = (
     "out_max_abs",
 )
 PLOTS = ("time_ratio_vs_mask.png", "throughput_per_size.png")
+Y_CAP = 1.5  # time ratios above are drawn at the top of the ratio plot, with their value
 
 
 def _cpu_name() -> str:
@@ -236,14 +237,25 @@ def plot_ratio_vs_mask(records: list[dict], path: Path) -> None:
             x = [r["mask_ratio"] for r in rs]
             color = f"C{i % 10}"
             label = f"{key[0]} {key[1]} {key[3]}x{key[4]} b{key[2]}"
-            ax.plot(x, [r["time_ratio"] for r in rs], "o-", color=color, label=label)
+            y = [min(r["time_ratio"], Y_CAP) for r in rs]
+            ax.plot(x, y, "o-", color=color, label=label)
             ax.plot(x, [r["mac_ratio"] for r in rs], "x--", color=color, alpha=0.7)
+            for r in rs:  # off-scale points (e.g. the minkowski conv on CPU): value at the top
+                if r["time_ratio"] > Y_CAP:
+                    ax.annotate(
+                        f"{r['time_ratio']:.1f}",
+                        (r["mask_ratio"], Y_CAP),
+                        textcoords="offset points",
+                        xytext=(4, -10),
+                        fontsize=7,
+                        color=color,
+                    )
         ax.axhline(1.0, color="grey", lw=0.8, ls=":")
         ax.set_title(f"{phase} (x, dashed: ideal MAC ratio)")
         ax.set_xlabel("mask ratio")
         ax.set_ylabel("time sparse / dense")
         ax.set_xlim(-0.05, 0.95)
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, Y_CAP * 1.05)
         ax.grid(alpha=0.3)
         if groups:
             ax.legend(fontsize=7)
@@ -251,50 +263,48 @@ def plot_ratio_vs_mask(records: list[dict], path: Path) -> None:
 
 
 def _typical_case(records: list[dict], model: str) -> tuple | None:
-    """The case of ``model`` shown in the throughput plot: mask ratio nearest 0.6, then the most
-    often measured (batch, height, width)."""
+    """The case of ``model`` shown in the throughput plot: mask ratio nearest 0.6, then the
+    (batch, height, width) measured in most cases, the larger batch on a tie."""
     rs = [r for r in records if r["model"] == model]
     if not rs:
         return None
     best = min({r["mask_ratio"] for r in rs}, key=lambda m: (abs(m - 0.6), m))
-    shapes = Counter((r["batch"], r["height"], r["width"]) for r in rs if r["mask_ratio"] == best)
-    return (best, *shapes.most_common(1)[0][0])
+    cases = {
+        (r["batch"], r["height"], r["width"], r["phase"]) for r in rs if r["mask_ratio"] == best
+    }
+    shapes = Counter(c[:3] for c in cases)
+    shape = max(shapes, key=lambda s: (shapes[s], s[0], s[1] * s[2]))
+    return (best, *shape)
 
 
 def plot_throughput(records: list[dict], path: Path) -> None:
-    """Images per second of every engine, per model size, one panel per phase."""
+    """Images per second (log scale) of every engine, per model size, one panel per phase."""
     phases = list(dict.fromkeys(r["phase"] for r in records))
     models = [m for m in MODEL_SIZES if any(r["model"] == m for r in records)]
     cases = {m: _typical_case(records, m) for m in models}
-    names = list(dict.fromkeys(r["variant"] for r in records))
+    shown = [
+        r
+        for r in records
+        if (r["mask_ratio"], r["batch"], r["height"], r["width"]) == cases[r["model"]]
+    ]
+    names = list(dict.fromkeys(r["variant"] for r in shown))  # engines with a bar somewhere
     fig, axes = _figure(len(phases))
     width = 0.8 / max(len(names), 1)
     for ax, phase in zip(axes, phases, strict=True):
         for j, name in enumerate(names):
             xs, ys = [], []
-            for i, m in enumerate(models):
-                mask, b, h, w = cases[m]
-                for r in records:
-                    if (r["model"], r["variant"], r["phase"]) == (m, name, phase) and (
-                        r["mask_ratio"],
-                        r["batch"],
-                        r["height"],
-                        r["width"],
-                    ) == (mask, b, h, w):
-                        xs.append(i + (j - (len(names) - 1) / 2) * width)
-                        ys.append(r["img_per_s"])
+            for r in shown:
+                if (r["variant"], r["phase"]) == (name, phase):
+                    xs.append(models.index(r["model"]) + (j - (len(names) - 1) / 2) * width)
+                    ys.append(r["img_per_s"])
             ax.bar(xs, ys, width=width, label=name, color=f"C{j % 10}")
         ax.set_xticks(range(len(models)))
-        ax.set_xticklabels(
-            [
-                f"{m}\n{cases[m][2]}x{cases[m][3]} b{cases[m][1]}\nmask {cases[m][0]:g}"
-                for m in models
-            ],
-            fontsize=7,
-        )
+        labels = [f"{m}\n{c[2]}x{c[3]} b{c[1]}\nmask {c[0]:g}" for m, c in cases.items()]
+        ax.set_xticklabels(labels, fontsize=7)
+        ax.set_yscale("log")
         ax.set_title(phase)
-        ax.set_ylabel("images / s")
-        ax.grid(alpha=0.3, axis="y")
+        ax.set_ylabel("images / s (log)")
+        ax.grid(alpha=0.3, axis="y", which="both")
         ax.legend(fontsize=7)
     _savefig(fig, path)
 
