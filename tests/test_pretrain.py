@@ -153,17 +153,19 @@ def test_cli_runs_debug_and_prints_one_json_line(tmp_path):
     assert (tmp_path / ".hydra" / "config.yaml").is_file()
 
 
-def test_sigterm_saves_and_exits_cleanly(tmp_path):
+def test_sigterm_to_the_process_group_saves_and_exits_cleanly(tmp_path):
+    # As a scheduler does: SIGTERM to every process of the job, data loader workers included.
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [*CLI, *FAST, "trainer.max_steps=500", f"hydra.run.dir={tmp_path}"],
+        [*CLI, *FAST, "trainer.max_steps=500", "data.num_workers=1", f"hydra.run.dir={tmp_path}"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
     )  # fmt: skip
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.time() + 90
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "SIGTERM received" in err

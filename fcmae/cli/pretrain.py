@@ -10,6 +10,7 @@ Prints one JSON line with the run directory, checkpoint, final step and loss to 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import hydra
@@ -35,7 +36,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         raise SystemExit(2 if isinstance(err, ValueError) else 1) from None
     finally:
         teardown_distributed()
-    if result.model is not None and _is_main():
+    if os.environ.get("RANK", "0") == "0":  # one summary line per job, from rank 0
         summary = {
             "run_dir": HydraConfig.get().runtime.output_dir,
             "checkpoint": str(result.checkpoint) if result.checkpoint else None,
@@ -44,12 +45,6 @@ def _hydra_main(cfg: DictConfig) -> None:
             "stopped_by": result.stopped_by,
         }
         print(json.dumps(summary))  # the CLI's one-line result
-
-
-def _is_main() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
 
 
 def main() -> None:

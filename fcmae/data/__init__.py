@@ -7,6 +7,7 @@ one epoch of one rank.
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 
 from torch.utils.data import DataLoader, Dataset
@@ -80,6 +81,17 @@ def build_dataset(spec: DataSpec) -> Dataset:
     raise ValueError(f"unknown data set {spec.name!r}; expected one of: {', '.join(DATASETS)}")
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM to the main process.
+
+    A Ctrl-C or a scheduler's SIGTERM reaches the whole process group; a worker killed by it
+    would make the main process fail mid-step instead of finishing the step and saving. The
+    workers exit when the main process closes the loader (or dies: torch watches the parent).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def build_loader(
     dataset: Dataset, sampler: StepSampler, num_workers: int, pin_memory: bool = False
 ) -> DataLoader:
@@ -93,6 +105,7 @@ def build_loader(
         pin_memory=pin_memory,
         drop_last=False,
         persistent_workers=False,
+        worker_init_fn=_ignore_stop_signals if num_workers > 0 else None,
         prefetch_factor=4 if num_workers > 0 else None,
     )
 
