@@ -29,7 +29,9 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
         RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
     )  # fmt: skip
-    spec = preflight("pretrain", [*COMMON, "trainer.batch_size=2"], specs_from_config)
+    # A periodic save on the final step: every rank must then skip the closing save together.
+    overrides = [*COMMON, "trainer.batch_size=2", f"trainer.ckpt_every={STEPS}"]
+    spec = preflight("pretrain", overrides, specs_from_config)
     try:
         result = pretrain_from_spec(spec, os.path.join(out, "run"))
         torch.save(

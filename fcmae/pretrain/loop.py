@@ -115,6 +115,7 @@ class _Checkpointer:
 
     def save(self, model, optimizer, step: int, epoch: float, counters: dict, keep=False):
         rng = all_gather_object(capture_rng_state(), self.info)
+        self.last_step = step  # on every rank: the final save must be skipped (or not) by all
         if not self.info.is_main:
             return
         t0 = time.perf_counter()
@@ -130,7 +131,7 @@ class _Checkpointer:
         atomic_save(state, self.path)
         if keep:
             atomic_save(state, self.path.with_name(f"checkpoint-{step:07d}.pt"))
-        self.last_saved, self.last_step = self.path, step
+        self.last_saved = self.path
         log.info("saved %s at step %d (%.1fs)", self.path, step, time.perf_counter() - t0)
 
 
