@@ -73,14 +73,13 @@ from fcmae.engine.distributed import (
     broadcast_object,
 )
 from fcmae.engine.precision import PRECISIONS
-from fcmae.engine.wandb_logger import MODES as WANDB_MODES
+from fcmae.engine.wandb_logger import LoggerSpec
 from fcmae.registry import MODEL_SIZES, get_size
 
 log = logging.getLogger(__name__)
 
 FORMAT = "fcmae-finetune/1"
 LAST, BEST = "checkpoint-last.pt", "checkpoint-best.pt"
-LOGGERS = ("none", "wandb")
 BEST_METRICS = ("val/top1", "val_ema/top1")
 
 
@@ -154,16 +153,6 @@ class FinetuneTrainerSpec:
     progress_bar: bool | None = None
     best_metric: str = "val/top1"
     stop_at: int | None = None  # stop (and save) after this step, schedule unchanged
-
-
-@dataclass(frozen=True)
-class LoggerSpec:
-    name: str = "none"
-    project: str = "fcmae"
-    mode: str = "offline"
-    entity: str | None = None
-    run_name: str | None = None
-    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -308,14 +297,7 @@ def specs_from_config(cfg: Mapping) -> FinetuneSpec:
         best_metric=best_metric,
         stop_at=r.int("trainer.stop_at", None, optional=True),
     )
-    logger = LoggerSpec(
-        name=r.choice("logger.name", LOGGERS, "none"),
-        project=str(r.get("logger.project", "fcmae")),
-        mode=r.choice("logger.mode", WANDB_MODES, "offline"),
-        entity=r.get("logger.entity"),
-        run_name=r.get("logger.run_name"),
-        tags=tuple(r.get("logger.tags") or ()),
-    )
+    logger = LoggerSpec.read(r)
     resume = r.get("resume")
     return FinetuneSpec(
         model,

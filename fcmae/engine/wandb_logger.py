@@ -7,6 +7,7 @@ kept under ``<run_dir>/wandb`` and can be uploaded later with ``wandb sync``.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,31 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 MODES = ("offline", "online", "disabled")
+LOGGERS = ("none", "wandb")
+
+
+@dataclass(frozen=True)
+class LoggerSpec:
+    """The ``logger`` config group of every job: ``none`` (JSON lines only) or ``wandb``."""
+
+    name: str = "none"
+    project: str = "fcmae"
+    mode: str = "offline"
+    entity: str | None = None
+    run_name: str | None = None
+    tags: tuple[str, ...] = ()
+
+    @classmethod
+    def read(cls, r) -> LoggerSpec:
+        """From a :class:`fcmae.engine.config_reader.ConfigReader` over the job's config."""
+        return cls(
+            name=r.choice("logger.name", LOGGERS, "none"),
+            project=str(r.get("logger.project", "fcmae")),
+            mode=r.choice("logger.mode", MODES, "offline"),
+            entity=r.get("logger.entity"),
+            run_name=r.get("logger.run_name"),
+            tags=tuple(r.get("logger.tags") or ()),
+        )
 
 
 class WandbLogger:

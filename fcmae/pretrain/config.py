@@ -16,14 +16,13 @@ from fcmae.engine import check_precision, resolve_resume
 from fcmae.engine.config_reader import ConfigReader
 from fcmae.engine.distributed import DEVICES
 from fcmae.engine.precision import PRECISIONS
-from fcmae.engine.wandb_logger import MODES as WANDB_MODES
+from fcmae.engine.wandb_logger import LoggerSpec
 from fcmae.masking import ENCODER_STRIDE
 from fcmae.model import ENGINES, FCMAE, create_fcmae
 from fcmae.registry import MODEL_SIZES
 from sparse_ops.nn import DEPTHWISE_IMPLS
 
 CHECKPOINT = "checkpoint.pt"
-LOGGERS = ("none", "wandb")
 
 
 # ----------------------------------------------------------------------------------------
@@ -99,16 +98,6 @@ class TrainerSpec:
     recon_every: int = 0  # reconstruction picture every N steps; 0: only at the end
     recon_images: int = 4
     progress_bar: bool | None = None  # None: when stderr is a terminal
-
-
-@dataclass(frozen=True)
-class LoggerSpec:
-    name: str = "none"
-    project: str = "fcmae"
-    mode: str = "offline"
-    entity: str | None = None
-    run_name: str | None = None
-    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -246,14 +235,7 @@ def specs_from_config(cfg: Mapping) -> PretrainSpec:
         recon_images=r.int("trainer.recon_images", 4, low=0),
         progress_bar=r.get("trainer.progress_bar"),
     )
-    logger = LoggerSpec(
-        name=r.choice("logger.name", LOGGERS, "none"),
-        project=str(r.get("logger.project", "fcmae")),
-        mode=r.choice("logger.mode", WANDB_MODES, "offline"),
-        entity=r.get("logger.entity"),
-        run_name=r.get("logger.run_name"),
-        tags=tuple(r.get("logger.tags") or ()),
-    )
+    logger = LoggerSpec.read(r)
     resume = r.get("resume")
     if resume not in (None, "auto", "none", ""):
         # A given checkpoint must exist; resume=auto is resolved when the run starts.
