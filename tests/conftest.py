@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -40,3 +42,10 @@ def patch_mask(batch: int, grid: tuple[int, int], keep: int, seed: int = 0) -> T
     mask = torch.ones_like(noise)
     mask.scatter_(1, noise.argsort(dim=1)[:, :keep], 0.0)
     return mask.view(batch, *grid)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for torch.distributed tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

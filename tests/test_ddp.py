@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -12,16 +11,11 @@ import torch.multiprocessing as mp
 from fcmae.cli import preflight
 from fcmae.engine import seed_everything
 from fcmae.pretrain import pretrain_from_spec, specs_from_config
+from tests.conftest import free_port
 
 STEPS = 3
 COMMON = ["debug=default", f"trainer.max_steps={STEPS}", "trainer.num_threads=1",
           "trainer.recon_images=0", "data.samples_per_epoch=8"]  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_main(rank: int, world: int, port: int, out: str) -> None:
@@ -74,7 +68,7 @@ def _assert_same_updates(a, b, rtol=5e-3):
 
 @pytest.mark.timeout(180)
 def test_two_processes_match_one_process(tmp_path):
-    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
     for k, v in r0["weights"].items():  # DDP keeps the replicas bit-identical

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ from fcmae.finetune import (
     load_finetuned,
     specs_from_config,
 )
-from tests.conftest import randomize_
+from tests.conftest import free_port, randomize_
 
 REPO = Path(__file__).resolve().parents[1]
 # debug=default: digits at 32x32, 30 steps; one thread: tests share 2 cores with other jobs
@@ -232,12 +231,6 @@ def test_expand_overrides():
 DDP_COMMON = ["trainer.max_steps=2", "model.drop_path_rate=0", "data.val_fraction=0.05"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_main(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
@@ -256,7 +249,7 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.mark.timeout(300)
 def test_two_processes_match_one_process(tmp_path):
-    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
     single = finetune_from_spec(spec_for(*DDP_COMMON, "trainer.batch_size=32"), tmp_path / "one")
