@@ -37,16 +37,23 @@ from sparse_ops.layout import (
 
 _STAGE = r"stages\.\d+\.\d+\."
 _DOWN = r"downsample_layers\.[123]\."
-_same = (lambda t: True, lambda t: t, lambda t: t)  # pure renames: the infix decides
 
-
-def _rules() -> list[tuple[re.Pattern, str, Callable, Callable, Callable]]:
-    """(regex with groups pre/sparse/post, dense template, is_sparse, to_dense, to_sparse)."""
-    table = [
-        # downsampling LayerNorm and stage LayerNorm: ``.ln.`` infix
-        (rf"(?P<pre>(?:{_DOWN}0|{_STAGE}norm)\.)(?P<sp>ln\.)?(?P<post>weight|bias)", *_same),
-        # Linear layers: ``.linear.`` infix
-        (rf"(?P<pre>{_STAGE}pwconv[12]\.)(?P<sp>linear\.)?(?P<post>weight|bias)", *_same),
+# Pure renames: the sparse layout inserts an infix (group ``sp``) before weight/bias.
+_RENAMES = [
+    (
+        re.compile(rf"(?P<pre>(?:{_DOWN}0|{_STAGE}norm)\.)(?P<sp>ln\.)?(?P<post>weight|bias)"),
+        "ln.",
+    ),
+    (
+        re.compile(rf"(?P<pre>{_STAGE}pwconv[12]\.)(?P<sp>linear\.)?(?P<post>weight|bias)"),
+        "linear.",
+    ),
+]
+# Reshapes: (regex with groups pre/post, is_sparse(tensor), to_dense, to_sparse). A sparse
+# convolution's tensor is named ``kernel``, its dense twin ``weight``.
+_RESHAPES: list[tuple[re.Pattern, Callable, Callable, Callable]] = [
+    (re.compile(pattern), *fns)
+    for pattern, *fns in [
         # downsampling convolution kernel
         (
             rf"(?P<pre>{_DOWN}1\.)(?P<post>kernel|weight)",
@@ -76,12 +83,7 @@ def _rules() -> list[tuple[re.Pattern, str, Callable, Callable, Callable]]:
             lambda t: t.reshape(1, -1),
         ),
     ]
-    return [(re.compile(p), a, b, c) for p, a, b, c in table]
-
-
-_RULES = _rules()
-_INFIX = {"norm.": "ln.", "0.": "ln.", "pwconv1.": "linear.", "pwconv2.": "linear."}
-_WEIGHT_NAME = {"kernel": "weight", "weight": "kernel"}
+]
 # Keys identical in both layouts (stem, decoder, heads); checked so nothing passes unseen.
 _SHARED = re.compile(
     r"(downsample_layers\.0\.[01]\.(weight|bias)|proj\.(weight|bias)|mask_token|"
@@ -111,17 +113,14 @@ def _convert(state_dict: Mapping[str, Tensor], to: str, prefix: str) -> dict[str
 
 
 def _convert_one(name: str, t: Tensor, to: str) -> tuple[str, Tensor] | None:
-    for rx, is_sparse, to_dense, to_sparse in _RULES:
-        m = rx.fullmatch(name)
-        if m is None:
+    for rx, infix in _RENAMES:
+        if m := rx.fullmatch(name):
+            return m["pre"] + (infix if to == "sparse" else "") + m["post"], t
+    for rx, is_sparse, to_dense, to_sparse in _RESHAPES:
+        if (m := rx.fullmatch(name)) is None:
             continue
-        pre, post = m["pre"], m["post"]
-        groups = m.groupdict()
-        sparse_now = is_sparse(t) if "sp" not in groups else groups["sp"] is not None
-        if "sp" in groups:  # pure renames: the infix decides
-            infix = _INFIX[next(k for k in _INFIX if pre.endswith(k))]
-            return (pre + (infix if to == "sparse" else "") + post, t)
-        if post in _WEIGHT_NAME and (post == "kernel") != sparse_now:
+        pre, post, sparse_now = m["pre"], m["post"], is_sparse(t)
+        if post in ("kernel", "weight") and (post == "kernel") != sparse_now:
             raise ValueError(f"{name}: shape {tuple(t.shape)} does not fit its name")
         if to == "dense":
             return pre + ("weight" if post == "kernel" else post), to_dense(t) if sparse_now else t
